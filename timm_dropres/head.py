@@ -1,0 +1,70 @@
+"""The head rule: element-wise dropout on the feature map before global pooling.
+
+timm drops after the pool (`F.dropout` on the pooled vector, or a Dropout in ClassifierHead).
+Before the pool, the average over H*W independent masks shrinks the train/eval mismatch of the
+logits by about H*W. The pre-pool dropout lives in the model's `forward_head`, so
+`forward_features` stays deterministic and `reset_classifier` (which rebuilds pool and fc) keeps it.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Dict, Type
+
+import torch
+import torch.nn as nn
+from timm.layers import SelectAdaptivePool2d
+from timm.models.resnet import ResNet
+from timm.models.resnetv2 import ResNetV2
+
+from .insertion import subclass_with
+
+POST_POOL_DROPOUT: Dict[Type[nn.Module], str] = {
+    # where each model class keeps timm's own post-pool dropout: a float attribute or a Dropout module
+    ResNet: 'drop_rate',
+    ResNetV2: 'head.drop',
+}
+
+
+class _PrePoolDropout:
+    """Holds the forward_head that the generated model subclasses use."""
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self._forward_pooled_head(self.pre_pool_drop(x), pre_logits=pre_logits)
+
+
+@lru_cache(maxsize=None)
+def _pre_pool_class(base: Type[nn.Module]) -> Type[nn.Module]:
+    return subclass_with(base, 'forward_head', _PrePoolDropout.forward_head, '_forward_pooled_head')
+
+
+def has_global_pool(model: nn.Module) -> bool:
+    return any(isinstance(m, SelectAdaptivePool2d) for m in model.modules())
+
+
+def add_pre_pool_dropout(model: nn.Module, p: float) -> nn.Dropout:
+    """Make `model.forward_head` drop its input (the unpooled feature map) with rate `p`."""
+    if not has_global_pool(model) or not hasattr(model, 'forward_head'):
+        raise ValueError(
+            f'head_drop_pos=\'pre_pool\' needs a model with forward_head and a global pool '
+            f'(timm SelectAdaptivePool2d); {type(model).__name__} has none. Use drop_rate=0.')
+    model.__class__ = _pre_pool_class(type(model))
+    model.pre_pool_drop = nn.Dropout(p)
+    return model.pre_pool_drop
+
+
+def set_post_pool_rate(model: nn.Module, p: float) -> None:
+    """Set timm's own post-pool dropout of `model` to `p` (0 switches it off)."""
+    path = next((path for cls, path in POST_POOL_DROPOUT.items() if isinstance(model, cls)), None)
+    if path is None:
+        if p == 0:
+            return  # nothing known to switch off
+        supported = ', '.join(cls.__name__ for cls in POST_POOL_DROPOUT)
+        raise ValueError(
+            f"head_drop_pos='post_pool' sets timm's own head dropout, which timm_dropres knows for "
+            f'{supported}; {type(model).__name__} is not one. Pass drop_rate to timm.create_model instead.')
+    parent, _, name = path.rpartition('.')
+    owner = model.get_submodule(parent)
+    if isinstance(getattr(owner, name), nn.Module):
+        setattr(owner, name, nn.Dropout(p))
+    else:
+        setattr(owner, name, p)
