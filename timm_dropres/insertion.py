@@ -79,6 +79,7 @@ def subclass_with(base: type, method: str, override: Callable, base_alias: str) 
     return type(f'{base.__name__}DropRes', (base,), {
         method: override,
         base_alias: alias,
+        'dropres_base': base,
         '__module__': __name__,
         '__doc__': f'{base.__name__} with dropout added by timm_dropres (state_dict unchanged).',
     })

@@ -47,9 +47,11 @@ BLOCK_SLOTS: Dict[Type[nn.Module], BranchSlots] = {
 def slots_for(block: nn.Module) -> BranchSlots | None:
     """The slots of `block`'s class, or None if it is not a supported residual block.
 
-    Exact class match: a subclass may reorder its forward, so it needs its own entry.
+    Exact class match: a subclass may reorder its forward, so it needs its own entry. A class that
+    timm_dropres generated (to drop a block's output) counts as its base class.
     """
-    return BLOCK_SLOTS.get(type(block))
+    cls = type(block)
+    return BLOCK_SLOTS.get(getattr(cls, 'dropres_base', cls))
 
 
 def residual_blocks(model: nn.Module) -> Iterator[Tuple[str, nn.Module, BranchSlots]]:
