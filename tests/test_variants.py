@@ -93,3 +93,15 @@ def test_apply_refuses_a_model_without_residual_blocks():
     assert 'ConvNeXtBlock' in message  # the block class found
     assert all(cls.__name__ in message for cls in timm_dropres.BLOCK_SLOTS)  # and the supported ones
     assert 'branch_drop_rate=0' in message
+
+
+def test_every_registered_variant_builds_with_one_dropout_per_block():
+    """On the meta device (no memory, no init cost): a listed variant must also be a buildable one."""
+    import torch
+    from timm_dropres.placement import residual_blocks
+    for name in timm.list_models('*_dropres'):
+        with torch.device('meta'):
+            model = timm.create_model(name)
+        blocks = list(residual_blocks(model))
+        counts = {sum(isinstance(m, nn.Dropout) and m.p > 0 for m in block.modules()) for _, block, _ in blocks}
+        assert blocks and counts == {1}, name
