@@ -107,7 +107,7 @@ def test_fx_symbolic_trace_keeps_the_dropouts(base):
 @pytest.mark.parametrize('base', BASES)
 def test_grad_checkpointing_replays_the_same_masks(base):
     model = timm.create_model(base + '_dropres', num_classes=5).train()
-    x = X[:1, :, :32, :32]
+    x = X[:, :, :32, :32]
     torch.manual_seed(1)
     model(x).sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
