@@ -10,7 +10,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-COMMAND_MODULES: List[str] = []
+COMMAND_MODULES: List[str] = ['hub']
 """Modules of timm_dropres that contribute a subcommand, in help order."""
 
 
