@@ -1,0 +1,93 @@
+"""The fused ReLU+dropout: dropout's math, ReLU's gradient, nothing extra saved, eval untouched."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import timm
+
+from timm_dropres.fused import ReLUDropout, fuse_relu_dropout
+
+
+def _saved_bytes(model, x) -> int:
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum()
+    return sum(storages.values())
+
+
+def test_forward_is_relu_with_kept_elements_scaled():
+    x = torch.randn(64, 32, 8, 8)
+    y = ReLUDropout(0.25).train()(x.clone())
+    kept = y != 0
+    assert torch.allclose(y[kept], F.relu(x)[kept] / 0.75)
+    positive = x > 0
+    dropped_share = 1 - kept[positive].float().mean().item()
+    assert abs(dropped_share - 0.25) < 0.02  # 65k positive elements: std of the share ~0.002
+
+
+def test_gradient_is_dropout_of_relu_gradient():
+    x = torch.randn(16, 8, 6, 6, requires_grad=True)
+    g = torch.randn(16, 8, 6, 6)
+    y = ReLUDropout(0.3).train()(x * 1.0)  # through a non-leaf, as in a network
+    y.backward(g)
+    kept = (y != 0).detach()
+    expected = torch.where(kept & (x > 0), g / 0.7, torch.zeros_like(g))
+    assert torch.allclose(x.grad, expected)
+
+
+def test_eval_and_zero_rate_are_exactly_relu():
+    x = torch.randn(4, 8, 5, 5)
+    assert torch.equal(ReLUDropout(0.5).eval()(x.clone()), F.relu(x))
+    assert torch.equal(ReLUDropout(0.0).train()(x.clone()), F.relu(x))
+
+
+@pytest.mark.parametrize('bad', [-0.1, 1.0])
+def test_rejects_bad_rate(bad):
+    with pytest.raises(ValueError, match='p must be in \\[0, 1\\)'):
+        ReLUDropout(bad)
+
+
+@pytest.mark.parametrize('name, blocks', [('resnet10t', 4), ('resnet14t', 4), ('resnetv2_18', 8)])
+def test_fused_model_keeps_weights_and_eval_output_and_saves_less(name, blocks):
+    variant = timm.create_model(f'{name}_dropres', num_classes=5)
+    for m in variant.modules():  # random BN so that every branch matters in eval
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            m.running_var.uniform_(0.5, 1.5)
+    fused = copy.deepcopy(variant)
+    assert fuse_relu_dropout(fused) == blocks
+    assert fuse_relu_dropout(fused) == 0  # nothing left to fuse
+    assert fused.state_dict().keys() == variant.state_dict().keys()
+    assert sum(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in fused.modules()) == 1  # the pre-pool head
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(fused.eval()(x), variant.eval()(x))
+    base = timm.create_model(name, num_classes=5)
+    base_saved, variant_saved, fused_saved = (_saved_bytes(m.train(), x) for m in (base, variant, fused))
+    assert variant_saved > fused_saved
+    # what the fused variant still saves beyond the base is the pre-pool head dropout alone
+    # (its mask; the pool saves nothing): what that nn.Dropout saves on the final 1x1 map
+    head_map = torch.randn(2, fused.num_features, 1, 1, requires_grad=True)
+    assert fused_saved - base_saved == _saved_bytes(torch.nn.Dropout(0.2).train(), head_map)
+
+
+def test_fused_model_trains_and_scripts():
+    model = timm.create_model('resnet10t_dropres', num_classes=3)
+    fuse_relu_dropout(model)
+    x = torch.randn(2, 3, 32, 32)
+    model.train()(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    scripted = torch.jit.script(model.eval())
+    assert torch.equal(scripted(x), model(x))
