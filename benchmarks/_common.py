@@ -6,6 +6,7 @@ interrupted run never leaves a truncated JSON behind.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -57,6 +58,14 @@ def machine_info(device: torch.device) -> Dict[str, Any]:
 def command_line() -> str:
     """The command as typed, relative to the current directory, for the results file."""
     return shlex.join([Path(sys.executable).name, *sys.argv])
+
+
+def write_results(path: Path, args: argparse.Namespace, machine: Dict[str, Any], **results: Any) -> None:
+    """Write the command, the machine (with the load average at the end), the config and `results`."""
+    if hasattr(os, 'getloadavg'):
+        machine = {**machine, 'loadavg_at_end': os.getloadavg()}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    write_json(path, {'command': command_line(), 'machine': machine, 'config': config, **results})
 
 
 def write_json(path: Path, data: Dict[str, Any]) -> None:

@@ -25,7 +25,6 @@ create_model (the `*_dropres` variants), create_optimizer_v2, create_scheduler_v
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -46,7 +45,7 @@ from timm.utils import ParseKwargs, random_seed
 import timm_dropres
 from timm_dropres.datasets import elpv_image_folder
 
-from _common import RESULTS_DIR, command_line, machine_info, markdown_table, write_json
+from _common import RESULTS_DIR, machine_info, markdown_table, write_results
 
 SETTINGS = ('none', 'post_pool', 'pre_pool', 'guideline', 'branch_end', 'after_add', 'before_norm')
 BASELINE = 'none'
@@ -305,18 +304,12 @@ def main(argv=None) -> int:
                 runs.append(run)
                 tqdm.write(f"{setting:>12} seed {seed}: top-1 {run['top1']:.1f}  balanced {run['balanced_acc']:.1f}"
                            f"  ({run['train_seconds']:.0f} s)")
-    if hasattr(os, 'getloadavg'):
-        machine['loadavg_at_end'] = os.getloadavg()
-
     summary = summarize(runs, args.settings)
     table = results_table(summary)
     print(table)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    write_json(out.with_suffix('.json'), {
-        'command': command_line(), 'machine': machine, 'config': config,
-        'data': {'root': str(root), 'name': data_name, 'classes': class_to_idx},
-        'summary': summary, 'table_markdown': table, 'runs': runs,
-    })
+    write_results(out.with_suffix('.json'), args, machine,
+                  data={'root': str(root), 'name': data_name, 'classes': class_to_idx},
+                  summary=summary, table_markdown=table, runs=runs)
     title = (f'{data_name}: {args.model} {args.model_kwargs or ""}, {args.img_size}px, {args.epochs} epochs, '
              f'seeds {args.seeds}; branch p={args.branch_drop_rate}, head p={args.drop_rate}; mean ± std')
     plot(runs, summary, title, out.with_suffix('.png'))

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ from timm import create_model
 import timm_dropres  # noqa: F401  (registers the *_dropres variants)
 from timm_dropres.fused import fuse_relu_dropout
 
-from _common import RESULTS_DIR, command_line, machine_info, markdown_table, write_json
+from _common import RESULTS_DIR, machine_info, markdown_table, write_results
 
 BASELINE = 'base'
 
@@ -317,13 +316,7 @@ def main(argv=None) -> int:
     table = tables(results)
     print(table)
     out = args.out or RESULTS_DIR / f'overhead_{device.type}.json'
-    if hasattr(os, 'getloadavg'):
-        machine['loadavg_at_end'] = os.getloadavg()
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    write_json(out, {
-        'command': command_line(), 'machine': machine, 'config': config,
-        'table_markdown': table, 'results': results,
-    })
+    write_results(out, args, machine, table_markdown=table, results=results)
     print(f'wrote {out}')
     return 0
 
