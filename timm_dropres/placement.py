@@ -11,12 +11,23 @@ Pre-activation blocks (timm resnetv2.py) are the paper's own setting: norm3 -> [
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Dict, Iterator, Tuple, Type
 
+import torch
 import torch.nn as nn
+from timm.models.byobnet import BasicBlock as ByobBasicBlock
+from timm.models.byobnet import BottleneckBlock as ByobBottleneckBlock
+from timm.models.byobnet import DarkBlock, EdgeBlock
+from timm.models.dpn import DualPathBlock
+from timm.models.regnet import Bottleneck as RegNetBottleneck
+from timm.models.regnet import PreBottleneck as RegNetPreBottleneck
+from timm.models.res2net import Bottle2neck
+from timm.models.resnest import ResNestBottleneck
 from timm.models.resnet import BasicBlock, Bottleneck
 from timm.models.resnetv2 import PreActBasic, PreActBottleneck
+from timm.models.sknet import SelectiveKernelBasic, SelectiveKernelBottleneck
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,45 @@ BLOCK_SLOTS: Dict[Type[nn.Module], BranchSlots] = {
     PreActBasic: BranchSlots(guideline='norm2', branch_end='drop_path', after_add='', before_norm='conv1'),
     # norm1 conv1 norm2 conv2 norm3 | conv3 drop_path (+)
     PreActBottleneck: BranchSlots(guideline='norm3', branch_end='drop_path', after_add='', before_norm='conv2'),
+    # regnet: conv1 conv2(conv bn drop_block act) se | conv3(conv bn) drop_path (+) act3
+    RegNetBottleneck: BranchSlots(guideline='se', branch_end='drop_path', after_add='act3', before_norm='conv3.conv'),
+    # regnetv: norm1 conv1 norm2 conv2 se norm3 | conv3 drop_path (+)
+    RegNetPreBottleneck: BranchSlots(guideline='norm3', branch_end='drop_path', after_add='', before_norm='se'),
+    # conv1 bn1 act1 conv2(split-attention conv bn act) avd_last | conv3 bn3 (+) act3; timm's drop_path acts on
+    # the block input (shortcut), so the branch ends at bn3
+    ResNestBottleneck: BranchSlots(guideline='avd_last', branch_end='bn3', after_add='act3', before_norm='conv3'),
+    # conv1(selective kernel: conv bn act per path) | conv2(conv bn) se drop_path (+) act
+    SelectiveKernelBasic: BranchSlots(
+        guideline='conv1', branch_end='drop_path', after_add='act', before_norm='conv2.conv'),
+    # conv1(conv bn act) conv2(selective kernel) | conv3(conv bn) se drop_path (+) act
+    SelectiveKernelBottleneck: BranchSlots(
+        guideline='conv2', branch_end='drop_path', after_add='act', before_norm='conv3.conv'),
+    # byobnet: conv1_kxk(conv bn act) attn | conv2_kxk(conv bn) attn_last drop_path (+) act
+    ByobBasicBlock: BranchSlots(
+        guideline='attn', branch_end='drop_path', after_add='act', before_norm='conv2_kxk.conv'),
+    # conv1_1x1 conv2_kxk conv2b_kxk attn | conv3_1x1(conv bn) attn_last drop_path (+) act
+    ByobBottleneckBlock: BranchSlots(
+        guideline='attn', branch_end='drop_path', after_add='act', before_norm='conv3_1x1.conv'),
+    # conv1_1x1(conv bn act) attn | conv2_kxk(conv bn) attn_last drop_path (+) act
+    DarkBlock: BranchSlots(guideline='attn', branch_end='drop_path', after_add='act', before_norm='conv2_kxk.conv'),
+    # conv1_kxk(conv bn act) attn | conv2_1x1(conv bn) attn_last drop_path (+) act
+    EdgeBlock: BranchSlots(guideline='attn', branch_end='drop_path', after_add='act', before_norm='conv2_1x1.conv'),
 }
+
+# Two blocks have a slot only in newer timm (1.0.31): before, Bottle2neck had no module between its concat and
+# conv3 (and ignored drop_block/drop_path), and DualPathBlock returned a (residual, dense) tuple, so no module
+# output is its branch end or its post-add output. Feature tests, so an older timm just lacks these families.
+if 'drop_block' in inspect.signature(Bottle2neck.__init__).parameters:
+    # conv1 bn1 relu (conv bn relu per scale) cat drop_block | conv3 bn3 se drop_path (+) relu;
+    # `relu` is shared by the branch and the post-add act, so after_add drops the block output
+    BLOCK_SLOTS[Bottle2neck] = BranchSlots(
+        guideline='drop_block', branch_end='drop_path', after_add='', before_norm='conv3')
+if inspect.signature(DualPathBlock.forward).return_annotation is torch.Tensor:
+    # pre-activation: c1x1_a(bn act conv) c3x3_b(bn act conv) c1x1_c(bn act | conv) -> residual (+), dense (cat);
+    # c1x1_c's conv feeds both paths. The *b models (dpn48b, dpn68b) end in two convs c1x1_c1/c1x1_c2 instead,
+    # so they have no 'c1x1_c.conv' and 'branch_end' is refused there
+    BLOCK_SLOTS[DualPathBlock] = BranchSlots(
+        guideline='c1x1_c.bn', branch_end='c1x1_c.conv', after_add='', before_norm='c3x3_b.conv')
 
 
 def slots_for(block: nn.Module) -> BranchSlots | None:

@@ -10,17 +10,23 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List
 
 import torch.nn as nn
+from timm.layers import get_norm_layer
 from timm.models import (
-    generate_default_cfgs, get_arch_pretrained_cfgs, is_model, list_models, model_entrypoint,
+    byobnet, generate_default_cfgs, get_arch_pretrained_cfgs, is_model, list_models, model_entrypoint, regnet,
     register_model, resolve_pretrained_cfg, split_model_name_tag,
 )
+from timm.models.dpn import DualPathBlock
+from timm.models.res2net import Bottle2neck
 
 from .convert import apply
+from .placement import BLOCK_SLOTS
 from .settings import DropResSettings
 
 SUFFIX = '_dropres'
-FAMILIES = ('resnet', 'resnetv2')
-"""timm registry modules whose every model is built from blocks in `placement.BLOCK_SLOTS`."""
+FAMILIES = ('resnet', 'resnetv2', 'resnest', 'sknet') + tuple(
+    module for module, block in (('res2net', Bottle2neck), ('dpn', DualPathBlock)) if block in BLOCK_SLOTS)
+"""timm registry modules whose every model is built from blocks in `placement.BLOCK_SLOTS` (res2net's and
+dpn's blocks are there with timm >= 1.0.31). Modules with only some such models are in `MODEL_FILTERS`."""
 
 default_cfgs: Dict[str, Any] = {}
 
@@ -30,15 +36,51 @@ def variant_name(base: str) -> str:
 
 
 def register_variants() -> List[str]:
-    """Register a `*_dropres` variant for every model of `FAMILIES`; idempotent. Returns the names."""
+    """Register a `*_dropres` variant for every model of `FAMILIES` and every model `MODEL_FILTERS` accepts;
+    idempotent. Returns the names."""
     names = []
-    for base in list_models(module=list(FAMILIES)):
+    for base in _supported_bases():
         name = variant_name(base)
         if not is_model(name):
             default_cfgs.update(_variant_cfgs(base, name))
             register_model(_make_entrypoint(base, name))
         names.append(name)
     return names
+
+
+def _regnet_qualifies(base: str) -> bool:
+    """BN, and a shortcut in every block: regnetz_* (downsample=None) have none in each stage's first block."""
+    cfg = regnet.model_cfgs.get(base)
+    return cfg is not None and get_norm_layer(cfg.norm_layer) is nn.BatchNorm2d and bool(cfg.downsample)
+
+
+def _byobnet_qualifies(base: str) -> bool:
+    """Read from the model's ByoModelCfg (building it is too slow at import): BN, every block of a class in
+    BLOCK_SLOTS and with a shortcut, and a global-pool head (attn_* heads pool by attention)."""
+    cfg = byobnet.model_cfgs.get(base)
+    if cfg is None or get_norm_layer(cfg.norm_layer) is not nn.BatchNorm2d or cfg.head_type in ('attn_abs', 'attn_rot'):
+        return False
+    blocks = [b for stage in cfg.blocks for b in (stage if isinstance(stage, (tuple, list)) else (stage,))]
+    return all(
+        _byobnet_block_class(b.type) in BLOCK_SLOTS
+        and byobnet.override_kwargs(b.block_kwargs, cfg.block_kwargs).get('downsample', cfg.downsample)
+        for b in blocks)
+
+
+def _byobnet_block_class(block_type: Any) -> Any:
+    """A ByoBlockCfg.type as a class: a name in byobnet's block registry (register_block's table) or a class."""
+    return byobnet._block_registry.get(block_type) if isinstance(block_type, str) else block_type
+
+
+MODEL_FILTERS: Dict[str, Callable[[str], bool]] = {'regnet': _regnet_qualifies, 'byobnet': _byobnet_qualifies}
+"""timm registry modules with only some supported models -> the filter that picks them."""
+
+
+def _supported_bases() -> List[str]:
+    bases = list_models(module=list(FAMILIES))
+    for module, keep in MODEL_FILTERS.items():
+        bases += [base for base in list_models(module=module) if keep(base)]
+    return bases
 
 
 def _variant_cfgs(base: str, name: str) -> Dict[str, Any]:
