@@ -13,6 +13,13 @@ from typing import Dict, Type
 import torch
 import torch.nn as nn
 from timm.layers import SelectAdaptivePool2d
+from timm.models.byobnet import ByobNet
+from timm.models.convnext import ConvNeXt
+from timm.models.densenet import DenseNet
+from timm.models.dpn import DPN
+from timm.models.efficientnet import EfficientNet
+from timm.models.mobilenetv3 import MobileNetV3
+from timm.models.regnet import RegNet
 from timm.models.resnet import ResNet
 from timm.models.resnetv2 import ResNetV2
 
@@ -20,8 +27,15 @@ from .insertion import subclass_with
 
 POST_POOL_DROPOUT: Dict[Type[nn.Module], str] = {
     # where each model class keeps timm's own post-pool dropout: a float attribute or a Dropout module
-    ResNet: 'drop_rate',
+    ResNet: 'drop_rate',  # also resnest, res2net, sknet
     ResNetV2: 'head.drop',
+    RegNet: 'head.drop',
+    ByobNet: 'head.drop',  # ClassifierHead, NormMlpClassifierHead and the attention pools all keep it as `drop`
+    DPN: 'drop_rate',
+    DenseNet: 'head_drop',
+    EfficientNet: 'drop_rate',  # also mnasnet, mixnet, tinynet, fbnet, ... (one class)
+    MobileNetV3: 'drop_rate',  # after conv_head; also mobilenetv4, lcnet
+    ConvNeXt: 'head.drop',
 }
 
 
@@ -41,27 +55,47 @@ def has_global_pool(model: nn.Module) -> bool:
     return any(isinstance(m, SelectAdaptivePool2d) for m in model.modules())
 
 
-def add_pre_pool_dropout(model: nn.Module, p: float) -> nn.Dropout:
-    """Make `model.forward_head` drop its input (the unpooled feature map) with rate `p`."""
+def check_pre_pool(model: nn.Module) -> None:
+    """Raise unless a pre-pool dropout can go on `model`: it needs a global pool, and timm's own post-pool
+    dropout must be one timm_dropres can switch off (or reported as 0), else the two would stack."""
     if not has_global_pool(model) or not hasattr(model, 'forward_head'):
         raise ValueError(
             f'head_drop_pos=\'pre_pool\' needs a model with forward_head and a global pool '
             f'(timm SelectAdaptivePool2d); {type(model).__name__} has none. Use drop_rate=0.')
+    if post_pool_path(model) is None and getattr(model, 'drop_rate', None) != 0:
+        raise ValueError(
+            "head_drop_pos='pre_pool' replaces timm's own post-pool dropout, but timm_dropres does not know where "
+            f'{type(model).__name__} keeps it (it knows {_known_classes()}) and the model does not report '
+            'drop_rate=0, so two head dropouts would stack. Build it with timm.create_model(..., drop_rate=0) '
+            "(timm's own head dropout off), or add its class to timm_dropres.head.POST_POOL_DROPOUT.")
+
+
+def add_pre_pool_dropout(model: nn.Module, p: float) -> nn.Dropout:
+    """Make `model.forward_head` drop its input (the unpooled feature map) with rate `p`."""
+    check_pre_pool(model)
     model.__class__ = _pre_pool_class(type(model))
     model.pre_pool_drop = nn.Dropout(p)
     return model.pre_pool_drop
 
 
+def post_pool_path(model: nn.Module) -> str | None:
+    """Where `model` keeps timm's own post-pool dropout (see POST_POOL_DROPOUT), or None if unknown."""
+    return next((path for cls, path in POST_POOL_DROPOUT.items() if isinstance(model, cls)), None)
+
+
+def _known_classes() -> str:
+    return ', '.join(cls.__name__ for cls in POST_POOL_DROPOUT)
+
+
 def set_post_pool_rate(model: nn.Module, p: float) -> None:
     """Set timm's own post-pool dropout of `model` to `p` (0 switches it off)."""
-    path = next((path for cls, path in POST_POOL_DROPOUT.items() if isinstance(model, cls)), None)
+    path = post_pool_path(model)
     if path is None:
         if p == 0:
             return  # nothing known to switch off
-        supported = ', '.join(cls.__name__ for cls in POST_POOL_DROPOUT)
         raise ValueError(
             f"head_drop_pos='post_pool' sets timm's own head dropout, which timm_dropres knows for "
-            f'{supported}; {type(model).__name__} is not one. Pass drop_rate to timm.create_model instead.')
+            f'{_known_classes()}; {type(model).__name__} is not one. Pass drop_rate to timm.create_model instead.')
     parent, _, name = path.rpartition('.')
     owner = model.get_submodule(parent)
     if isinstance(getattr(owner, name), nn.Module):
