@@ -1,12 +1,12 @@
-"""ReLU + dropout as one in-place autograd op that saves only its output: the guideline dropout for free.
+"""ReLU + dropout as one autograd op that saves only its output: the guideline dropout at no memory cost.
 
 At the guideline slot the dropout follows a ReLU and feeds a conv. Unfused, training keeps three
 things for backward there: the ReLU output (ReLU's own backward and, without dropout, the conv's
-input: one tensor), the dropout's bool mask and the dropout output (the conv's new input), i.e.
-5 extra bytes per float32 element. Fused, y = relu(x) * mask / (1 - p) is written into x's storage
-(the ReLU was in place already) and only y is saved: grad_x = grad_y * [y > 0] / (1 - p), because
-y > 0 exactly where x > 0 and the mask kept the element. The conv saves the same y, so training
-keeps nothing beyond what the base model keeps; the mask lives only during the forward.
+input: one tensor), the dropout's mask and the dropout output (the conv's new input), i.e.
+several extra bytes per element (on CUDA a 1-byte mask, on CPU a float mask, plus the dropout
+output). Fused, y = relu(x) * mask / (1 - p) and only y is saved: grad_x = grad_y * [y > 0] / (1 - p),
+because y > 0 exactly where x > 0 and the mask kept the element. The conv saves the same y, so
+training keeps nothing beyond what the base model keeps; the mask lives only during the forward.
 
 In eval (or with p == 0) the module is exactly an in-place ReLU, so eval outputs stay bit-identical.
 
@@ -35,12 +35,11 @@ SIBLING_SLOTS: Dict[Type[nn.Module], Tuple[str, str]] = {
 class _ReLUDropoutFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        scale = 1.0 / (1.0 - p)
-        keep = torch.empty_like(x).bernoulli_(1.0 - p).mul_(scale)
-        ctx.mark_dirty(x)
-        y = x.relu_().mul_(keep)
+        # torch's own dropout kernel (one fused kernel on CUDA, the same mask nn.Dropout draws there);
+        # its mask and the ReLU output are temporaries: only y outlives the forward
+        y, _ = torch.native_dropout(torch.relu(x), p, True)
         ctx.save_for_backward(y)
-        ctx.scale = scale
+        ctx.scale = 1.0 / (1.0 - p)
         return y
 
     @staticmethod
