@@ -190,8 +190,10 @@ def test_placement_and_parameter_identity_at_every_position(case):
 def test_dpn_b_models_refuse_branch_end_rather_than_misplace_it():
     # dpn*b blocks end in two convs (c1x1_c1 residual, c1x1_c2 dense): there is no one branch-end module
     model = timm.create_model('dpn48b', num_classes=4, k_sec=(1, 1, 1, 1))
-    with pytest.raises(AttributeError, match='conv'):
+    before = repr(model)
+    with pytest.raises(ValueError, match="branch_drop_pos='branch_end' is not available here: DualPathBlock"):
         timm_dropres.apply(model, branch_drop_rate=P, branch_drop_pos='branch_end')
+    assert repr(model) == before  # refused before any change
     guided = timm_dropres.apply(copy.deepcopy(model), branch_drop_rate=P)
     assert all(len(_dropouts(b)) == 1 for _, b, _ in residual_blocks(guided))
 

@@ -1,10 +1,12 @@
 """`apply`: the dropout rule on a timm model instance, in place."""
 from __future__ import annotations
 
+from typing import List, Tuple
+
 import torch.nn as nn
 
-from .head import add_pre_pool_dropout, set_post_pool_rate
-from .insertion import drop_output_of
+from .head import apply_head, check_head
+from .insertion import drop_output_of, output_site
 from .placement import BLOCK_SLOTS, residual_blocks
 from .settings import DropResSettings
 
@@ -35,24 +37,31 @@ def apply(
     settings = DropResSettings(branch_drop_rate, drop_rate, branch_drop_pos, head_drop_pos)
     if hasattr(model, SETTINGS_ATTR):
         raise ValueError(f'model already has dropres dropout ({getattr(model, SETTINGS_ATTR)}); apply it to a fresh model')
-    blocks = list(residual_blocks(model))
-    if settings.branch_drop_rate > 0 and not blocks:
+    # check everything before changing anything: a refused model is left as it was
+    sites = _branch_sites(model, settings) if settings.branch_drop_rate > 0 else []
+    check_head(model, settings.head_drop_pos, settings.drop_rate)
+
+    for block, path in sites:
+        drop_output_of(block, path, settings.branch_drop_rate)
+    apply_head(model, settings.head_drop_pos, settings.drop_rate)
+    setattr(model, SETTINGS_ATTR, settings)
+    return model
+
+
+def _branch_sites(model: nn.Module, settings: DropResSettings) -> List[Tuple[nn.Module, str]]:
+    """(block, path of the submodule whose output is dropped) for every supported block, all checked."""
+    sites = [(block, slots.path(settings.branch_drop_pos)) for _, block, slots in residual_blocks(model)]
+    if not sites:
         raise ValueError(
             f'branch_drop_rate > 0 needs a supported residual block; {type(model).__name__} has '
             f'{_model_specific_classes(model) or "none"}. Supported: '
             f'{", ".join(cls.__name__ for cls in BLOCK_SLOTS)}. Use branch_drop_rate=0 for the head rule alone.')
-
-    if settings.branch_drop_rate > 0:
-        for _, block, slots in blocks:
-            drop_output_of(block, slots.path(settings.branch_drop_pos), settings.branch_drop_rate)
-    if settings.head_drop_pos == 'pre_pool':
-        set_post_pool_rate(model, 0.0)
-        if settings.drop_rate > 0:
-            add_pre_pool_dropout(model, settings.drop_rate)
-    else:
-        set_post_pool_rate(model, settings.drop_rate)
-    setattr(model, SETTINGS_ATTR, settings)
-    return model
+    for block, path in sites:
+        try:
+            output_site(block, path)
+        except ValueError as e:
+            raise ValueError(f'branch_drop_pos={settings.branch_drop_pos!r} is not available here: {e}') from e
+    return sites
 
 
 def _model_specific_classes(model: nn.Module) -> str:

@@ -55,6 +55,17 @@ def has_global_pool(model: nn.Module) -> bool:
     return any(isinstance(m, SelectAdaptivePool2d) for m in model.modules())
 
 
+def check_head(model: nn.Module, head_drop_pos: str, p: float) -> None:
+    """Raise, before anything changes, if the head dropout cannot go on `model` as asked."""
+    if head_drop_pos == 'post_pool':
+        if p > 0 and post_pool_path(model) is None:
+            raise ValueError(
+                f"head_drop_pos='post_pool' sets timm's own head dropout, which timm_dropres knows for "
+                f'{_known_classes()}; {type(model).__name__} is not one. Pass drop_rate to timm.create_model instead.')
+    elif p > 0:
+        check_pre_pool(model)
+
+
 def check_pre_pool(model: nn.Module) -> None:
     """Raise unless a pre-pool dropout can go on `model`: it needs a global pool, and timm's own post-pool
     dropout must be one timm_dropres can switch off (or reported as 0), else the two would stack."""
@@ -70,12 +81,18 @@ def check_pre_pool(model: nn.Module) -> None:
             "(timm's own head dropout off), or add its class to timm_dropres.head.POST_POOL_DROPOUT.")
 
 
-def add_pre_pool_dropout(model: nn.Module, p: float) -> nn.Dropout:
-    """Make `model.forward_head` drop its input (the unpooled feature map) with rate `p`."""
-    check_pre_pool(model)
-    model.__class__ = _pre_pool_class(type(model))
-    model.pre_pool_drop = nn.Dropout(p)
-    return model.pre_pool_drop
+def apply_head(model: nn.Module, head_drop_pos: str, p: float) -> None:
+    """Put the head dropout at `head_drop_pos` with rate `p` (checked by `check_head`).
+
+    'pre_pool' switches timm's own post-pool dropout off, so the head has exactly one dropout.
+    """
+    if head_drop_pos == 'post_pool':
+        _set_post_pool_rate(model, p)
+        return
+    _set_post_pool_rate(model, 0.0)
+    if p > 0:
+        model.__class__ = _pre_pool_class(type(model))
+        model.pre_pool_drop = nn.Dropout(p)
 
 
 def post_pool_path(model: nn.Module) -> str | None:
@@ -87,15 +104,11 @@ def _known_classes() -> str:
     return ', '.join(cls.__name__ for cls in POST_POOL_DROPOUT)
 
 
-def set_post_pool_rate(model: nn.Module, p: float) -> None:
-    """Set timm's own post-pool dropout of `model` to `p` (0 switches it off)."""
+def _set_post_pool_rate(model: nn.Module, p: float) -> None:
+    """Set timm's own post-pool dropout of `model` to `p`; a model of unknown class has none to set."""
     path = post_pool_path(model)
     if path is None:
-        if p == 0:
-            return  # nothing known to switch off
-        raise ValueError(
-            f"head_drop_pos='post_pool' sets timm's own head dropout, which timm_dropres knows for "
-            f'{_known_classes()}; {type(model).__name__} is not one. Pass drop_rate to timm.create_model instead.')
+        return
     parent, _, name = path.rpartition('.')
     owner = model.get_submodule(parent)
     if isinstance(getattr(owner, name), nn.Module):

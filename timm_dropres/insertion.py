@@ -14,17 +14,32 @@ from __future__ import annotations
 
 import types
 from functools import lru_cache
-from typing import Callable, Type
+from typing import Callable, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
 
 
+def output_site(root: nn.Module, path: str) -> Tuple[Optional[nn.Module], str, Optional[nn.Module]]:
+    """(owner, attribute name, module) of `root`'s submodule at `path` ('' = `root` itself).
+
+    Raises a ValueError naming the block class and the path when `root` has no such slot.
+    """
+    if not path:
+        return None, '', root
+    parent, _, name = path.rpartition('.')
+    try:
+        owner = root.get_submodule(parent)
+    except AttributeError:
+        owner = None
+    if owner is None or not hasattr(owner, name):
+        raise ValueError(f'{type(root).__name__} has no submodule {path!r} to put the dropout after')
+    return owner, name, getattr(owner, name)
+
+
 def drop_output_of(root: nn.Module, path: str, p: float) -> nn.Module:
     """Drop the output of `root`'s submodule at `path` ('' = `root`) with rate `p`; return the dropout."""
-    parent, _, name = path.rpartition('.')
-    owner = root.get_submodule(parent) if path else None
-    target = getattr(owner, name) if path else root
+    owner, name, target = output_site(root, path)
 
     if target is None or isinstance(target, nn.Identity):
         dropout = nn.Dropout(p)
