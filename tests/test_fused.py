@@ -83,6 +83,36 @@ def test_fused_model_keeps_weights_and_eval_output_and_saves_less(name, blocks):
     assert fused_saved - base_saved == _saved_bytes(torch.nn.Dropout(0.2).train(), head_map)
 
 
+def _nn_dropout_draws_like_native_dropout() -> bool:
+    """Whether this torch's nn.Dropout and torch.native_dropout take the same mask from one seed."""
+    x = torch.ones(4096, requires_grad=True)
+    torch.manual_seed(0)
+    a = F.dropout(x, 0.5, True)
+    torch.manual_seed(0)
+    b, _ = torch.native_dropout(x.detach(), 0.5, True)
+    return torch.equal(a.detach(), b)
+
+
+@pytest.mark.skipif(not _nn_dropout_draws_like_native_dropout(),
+                    reason='this torch draws nn.Dropout masks differently from native_dropout on CPU')
+@pytest.mark.parametrize('name, branch_drop_pos', [
+    ('resnet10t', 'guideline'), ('resnet10t', 'after_add'), ('resnetv2_18', 'guideline')])
+def test_fused_model_trains_exactly_like_the_unfused_one(name, branch_drop_pos):
+    variant = timm.create_model(f'{name}_dropres', num_classes=4, branch_drop_pos=branch_drop_pos).train()
+    fused = copy.deepcopy(variant)
+    assert fuse_relu_dropout(fused) > 0
+    x = torch.randn(2, 3, 32, 32)
+    outputs, grads = [], []
+    for model in (variant, fused):
+        torch.manual_seed(7)
+        out = model(x)
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.equal(outputs[0], outputs[1])
+    torch.testing.assert_close(grads[1], grads[0])
+
+
 def test_fused_model_trains_and_scripts():
     model = timm.create_model('resnet10t_dropres', num_classes=3)
     fuse_relu_dropout(model)

@@ -10,8 +10,9 @@ training keeps nothing beyond what the base model keeps; the mask lives only dur
 
 In eval (or with p == 0) the module is exactly an in-place ReLU, so eval outputs stay bit-identical.
 
-`fuse_relu_dropout(model)` rewrites a `*_dropres` model (guideline position) in place; it changes
-no parameter or buffer. TorchScript cannot compile a custom autograd Function, so under
+`fuse_relu_dropout(model)` rewrites a `*_dropres` model in place (every ReLU -> Dropout pair: the
+guideline slot of every block, and 'after_add' in resnet.py blocks); it changes no parameter or
+buffer. TorchScript cannot compile a custom autograd Function, so under
 torch.jit.script the module falls back to the unfused ReLU + F.dropout (same math, more memory).
 """
 from __future__ import annotations
