@@ -2,12 +2,15 @@
 
 The package is built as a wheel (and as an editable wheel) with setuptools' PEP 517 hooks,
 installed into a fresh virtualenv, and driven by subprocesses that import nothing but timm. torch
-and timm come from this interpreter's site-packages, put on the fresh venv's path as plain path
-entries, so nothing downloads and the .pth files of this environment's own install do not run:
-what autoloads is the freshly installed copy, and each test checks that it is.
+and timm come from this interpreter's site-packages, linked into one folder that is a plain path
+entry of the fresh venv (nothing downloads; `--system-site-packages` would give the base
+interpreter's site-packages, not this environment's). That folder leaves out this environment's own
+copy of the package and every .pth file: what autoloads is the freshly installed copy, and each
+test checks that it is.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -25,6 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ('pyproject.toml', 'setup.py', 'README.md', '_timm_dropres_autoload.py', 'timm_dropres')
 """What setuptools reads to build the wheel (copied, so building writes nothing into the repo)."""
 
+OWN_FILES = ('timm_dropres', '_timm_dropres_autoload', '__editable__')
+"""Names of this package's files in site-packages (package, hook, metadata, editable finder)."""
 UNKNOWN_MODEL = 'RuntimeError: Unknown model (resnet50_dropres)'  # timm's own error
 
 
@@ -34,7 +39,7 @@ class Venv:
     def __init__(self, root: Path, source: Path) -> None:
         self.root = root
         self.source = source  # where the installed timm_dropres must come from
-        self.python = root / ('Scripts/python.exe' if os.name == 'nt' else 'bin/python')
+        self.python = root / 'bin' / 'python'
 
     def run(self, code: str, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
         full_env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', autoload.ENV_SWITCH)}
@@ -60,9 +65,12 @@ def _build(kind: str, tmp: Path) -> tuple[Path, Path]:
         else:
             shutil.copy2(REPO / name, src / name)
     hook = 'build_wheel' if kind == 'wheel' else 'build_editable'
-    subprocess.run(
+    build = subprocess.run(
         [sys.executable, '-c', f'import sys; from setuptools import build_meta; build_meta.{hook}(sys.argv[1])', str(dist)],
-        cwd=src, check=True, capture_output=True, timeout=300)
+        cwd=src, capture_output=True, text=True, timeout=300)
+    if build.returncode:
+        pytest.fail(f'setuptools could not build the {kind} (the test builds without network, with this '
+                    f'environment\'s setuptools: it needs setuptools>=70.1, or the wheel package):\n{build.stderr[-3000:]}')
     return next(dist.glob('*.whl')), src
 
 
@@ -74,9 +82,17 @@ def _make_venv(root: Path) -> None:
         pytest.skip(f'cannot create a virtualenv with {sys.executable} -m venv: {exc}')
 
 
-def _dependency_paths() -> list[str]:
-    """This interpreter's site-packages (torch, timm and the rest of the dependencies live there)."""
-    return [p for p in site.getsitepackages() if os.path.isdir(p)]
+def _dependency_dir(tmp: Path) -> Path:
+    """A folder of links to the entries of the site-packages that hold torch and timm (and the rest of
+    the dependencies), minus any installed copy of this package, which would shadow the one under test."""
+    deps = tmp / 'dependencies'
+    deps.mkdir()
+    holders = [Path(importlib.util.find_spec(name).origin).parents[1] for name in ('torch', 'timm')]
+    for site_dir in dict.fromkeys([*holders, *map(Path, site.getsitepackages())]):
+        for entry in sorted(site_dir.iterdir()) if site_dir.is_dir() else ():
+            if not (entry.name.startswith(OWN_FILES) or entry.suffix == '.pth' or (deps / entry.name).exists()):
+                (deps / entry.name).symlink_to(entry)
+    return deps
 
 
 def _install(kind: str, tmp: Path) -> Venv:
@@ -87,7 +103,7 @@ def _install(kind: str, tmp: Path) -> Venv:
                     '--no-compile', '--disable-pip-version-check', '-q', str(wheel)],
                    check=True, capture_output=True, timeout=300)
     purelib = env.run('import sysconfig; print(sysconfig.get_paths()["purelib"])').stdout.strip()
-    Path(purelib, '_test_dependencies.pth').write_text('\n'.join(_dependency_paths()) + '\n')
+    Path(purelib, '_test_dependencies.pth').write_text(f'{_dependency_dir(tmp)}\n')
     return env
 
 
