@@ -310,7 +310,8 @@ def main(argv=None) -> int:
     write_results(out.with_suffix('.json'), args, machine,
                   data={'root': str(root), 'name': data_name, 'classes': class_to_idx},
                   summary=summary, table_markdown=table, runs=runs)
-    title = (f'{data_name}: {args.model} {args.model_kwargs or ""}, {args.img_size}px, {args.epochs} epochs, '
+    model_desc = args.model + (f' {args.model_kwargs}' if args.model_kwargs else '')
+    title = (f'{data_name}: {model_desc}, {args.img_size}px, {args.epochs} epochs, '
              f'seeds {args.seeds}; branch p={args.branch_drop_rate}, head p={args.drop_rate}; mean ± std')
     plot(runs, summary, title, out.with_suffix('.png'))
     print(f'wrote {out.with_suffix(".json")} and {out.with_suffix(".png")}')
