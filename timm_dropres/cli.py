@@ -10,7 +10,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-COMMAND_MODULES: List[str] = ['hub']
+COMMAND_MODULES: List[str] = ['hub', 'shift', 'show']
 """Modules of timm_dropres that contribute a subcommand, in help order."""
 
 
