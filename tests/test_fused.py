@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import timm
 
-from timm_dropres.fused import ReLUDropout, fuse_relu_dropout
+from timm_dropres.fused import ReLUDropout, fast_cpu_keep_mask, fuse_relu_dropout
 
 
 def _saved_bytes(model, x) -> int:
@@ -26,9 +26,10 @@ def _saved_bytes(model, x) -> int:
     return sum(storages.values())
 
 
-def test_forward_is_relu_with_kept_elements_scaled():
+@pytest.mark.parametrize('fast_cpu_mask', [True, False])
+def test_forward_is_relu_with_kept_elements_scaled(fast_cpu_mask):
     x = torch.randn(64, 32, 8, 8)
-    y = ReLUDropout(0.25).train()(x.clone())
+    y = ReLUDropout(0.25, fast_cpu_mask).train()(x.clone())
     kept = y != 0
     assert torch.allclose(y[kept], F.relu(x)[kept] / 0.75)
     positive = x > 0
@@ -36,14 +37,39 @@ def test_forward_is_relu_with_kept_elements_scaled():
     assert abs(dropped_share - 0.25) < 0.02  # 65k positive elements: std of the share ~0.002
 
 
-def test_gradient_is_dropout_of_relu_gradient():
+@pytest.mark.parametrize('fast_cpu_mask', [True, False])
+def test_gradient_is_dropout_of_relu_gradient(fast_cpu_mask):
     x = torch.randn(16, 8, 6, 6, requires_grad=True)
     g = torch.randn(16, 8, 6, 6)
-    y = ReLUDropout(0.3).train()(x * 1.0)  # through a non-leaf, as in a network
+    y = ReLUDropout(0.375, fast_cpu_mask).train()(x * 1.0)  # through a non-leaf, as in a network
     y.backward(g)
     kept = (y != 0).detach()
-    expected = torch.where(kept & (x > 0), g / 0.7, torch.zeros_like(g))
+    expected = torch.where(kept & (x > 0), g / 0.625, torch.zeros_like(g))
     assert torch.allclose(x.grad, expected)
+
+
+@pytest.mark.parametrize('p', [0.1, 0.3, 0.5])
+def test_fast_cpu_mask_realises_p_to_16_bits(p):
+    x = torch.empty(7, 11, 13, 17)  # numel not a multiple of 4: the last 64-bit word is cut
+    keep, realised = fast_cpu_keep_mask(x, p)
+    assert keep.shape == x.shape and set(keep.unique().tolist()) <= {0, 1}
+    assert realised == round(p * 2 ** 16) / 2 ** 16 and abs(realised - p) <= 2 ** -17
+    big = torch.empty(2 ** 20)
+    share = 1 - fast_cpu_keep_mask(big, p)[0].float().mean().item()
+    assert abs(share - realised) < 5 * (p * (1 - p) / big.numel()) ** 0.5  # 5 sigma
+    torch.manual_seed(3)
+    first = fast_cpu_keep_mask(x, p)[0]
+    torch.manual_seed(3)
+    assert torch.equal(first, fast_cpu_keep_mask(x, p)[0])  # torch.manual_seed makes it reproducible
+
+
+def test_fast_cpu_mask_lanes_are_independent():
+    """The four 16-bit lanes of a word must not drop together: pairwise joint drop rate ~ p**2."""
+    keep, p = fast_cpu_keep_mask(torch.empty(2 ** 20), 0.5)
+    lanes = 1 - keep.view(-1, 4).float()
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert abs((lanes[:, i] * lanes[:, j]).mean().item() - p * p) < 0.005
 
 
 def test_eval_and_zero_rate_are_exactly_relu():
@@ -100,7 +126,7 @@ def _nn_dropout_draws_like_native_dropout() -> bool:
 def test_fused_model_trains_exactly_like_the_unfused_one(name, branch_drop_pos):
     variant = timm.create_model(f'{name}_dropres', num_classes=4, branch_drop_pos=branch_drop_pos).train()
     fused = copy.deepcopy(variant)
-    assert fuse_relu_dropout(fused) > 0
+    assert fuse_relu_dropout(fused, fast_cpu_mask=False) > 0
     x = torch.randn(2, 3, 32, 32)
     outputs, grads = [], []
     for model in (variant, fused):
