@@ -8,6 +8,7 @@ load change on the machine hits all alike), after warm-up, as the median of seve
     base_again    a second copy of it: the A/A control, whose ratio to base is the noise floor
     dropres       the `*_dropres` variant (branch dropout 0.1 at the guideline slot, pre-pool 0.2)
     fused         the variant with timm_dropres.fused: ReLU+dropout in one op that saves only its output
+    fused_native_mask  (CPU only) the same, its mask drawn by torch.native_dropout, not the fast CPU mask
 
 Reported as ratios to base: paired per repetition (same repetition, adjacent in time), median and
 interquartile range. Memory, per model, after warm-up:
@@ -48,7 +49,7 @@ BASELINE = 'base'
 
 
 def build_models(base_name: str, args, device: torch.device) -> Tuple[Dict[str, nn.Module], int]:
-    """base, base_again, dropres and (if --fused) fused: same weights, on `device`; and the fused count."""
+    """base, base_again, dropres and (if --fused) the fused ones: same weights, on `device`; and the fused count."""
     torch.manual_seed(0)
     base = create_model(base_name, num_classes=args.num_classes)
     _randomize_norm(base)
@@ -65,6 +66,9 @@ def build_models(base_name: str, args, device: torch.device) -> Tuple[Dict[str, 
         if fused_pairs == 0:
             raise SystemExit(f'{base_name}: no ReLU -> Dropout pair to fuse')
         models['fused'] = fused
+        if device.type == 'cpu':  # the fast mask is CPU-only: elsewhere both draw with native_dropout
+            models['fused_native_mask'] = copy.deepcopy(variant)
+            fuse_relu_dropout(models['fused_native_mask'], fast_cpu_mask=False)
     for model in models.values():
         model.to(device)
         if args.channels_last:
