@@ -22,7 +22,6 @@ random draw comes from one seeded generator, so two runs print the same numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from timm_dropres.shift import machine_info, write_atomically
+from timm_dropres.records import machine_info, write_atomically, write_json
 
 RESULTS = Path(__file__).parent / 'results'
 
@@ -215,7 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         'weight_mean_test': weight,
         'residual_test': residual,
     }
-    write_atomically(args.out / 'module_tests.json', lambda tmp: tmp.write_text(json.dumps(report, indent=1) + '\n'))
+    write_json(args.out / 'module_tests.json', report)
     if not args.no_plot:
         plot(weight, residual, args.out / 'module_tests.png')
     print(f"wrote {args.out / 'module_tests.json'}" + ('' if args.no_plot else f" and {args.out / 'module_tests.png'}"))

@@ -104,7 +104,12 @@ def test_fx_symbolic_trace_keeps_the_dropouts(base):
     assert torch.allclose(graph_module(X), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize('base', BASES)
+# checkpointing lives in the model class's forward_features (checkpoint_seq), not in the block:
+# one base per model class (ResNet, ResNetV2, RegNet, ByobNet, DPN)
+CHECKPOINT_BASES = [b for b in ('resnet10t', 'resnetv2_18', 'regnetx_002', 'test_byobnet', 'dpn68') if b in BASES]
+
+
+@pytest.mark.parametrize('base', CHECKPOINT_BASES)
 def test_grad_checkpointing_replays_the_same_masks(base):
     model = timm.create_model(base + '_dropres', num_classes=5).train()
     x = X[:, :, :32, :32]

@@ -18,9 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
-import json
-import os
-import platform
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -34,6 +31,7 @@ from timm.data import create_dataset, create_transform, resolve_data_config
 
 from .convert import SETTINGS_ATTR, apply
 from .placement import residual_blocks
+from .records import machine_info, write_atomically, write_json
 from .settings import BRANCH_DROP_POSITIONS, HEAD_DROP_POSITIONS, DropResSettings
 
 BN_INPUT, BLOCK_OUTPUT, LOGITS = 'bn_input', 'block_output', 'logits'
@@ -451,32 +449,6 @@ def plot_reports(reports: Dict[Placement, ShiftReport], title: str, path: Path) 
     plt.close(fig)
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file beside `path`, so a failure leaves no half-written result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def machine_info() -> Dict[str, object]:
-    """What a measurement ran on, for the record beside the numbers; the load average says whether
-    other work shared the CPUs (and so how far a wall-clock time is from an idle machine's)."""
-    return {
-        'load_average_1m': round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None,
-        'platform': platform.platform(),
-        'processor': platform.processor() or platform.machine(),
-        'cpu_count': os.cpu_count(),
-        'torch_threads': torch.get_num_threads(),
-        'python': platform.python_version(),
-        'torch': torch.__version__,
-        'timm': timm.__version__,
-    }
-
-
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         'shift', help='measure the variance shift of dropout placements on a model',
@@ -587,7 +559,7 @@ def run_shift(args: argparse.Namespace) -> int:
             'drop_rate': args.drop_rate,
             'placements': [{**asdict(p), **r.as_dict()} for p, r in reports.items()],
         }
-        write_atomically(args.json, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + '\n'))
+        write_json(args.json, record)
         print(f'wrote {args.json}')
     if args.plot is not None:
         plot_reports(reports, f'{title}\ndata: {data.description}; weights: {weights}', args.plot)
