@@ -455,7 +455,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
         description='Recalibrate batch norms under dropout, then report Var_eval/Var_train at every '
                     'batch-norm input, residual block output and the logits, per dropout placement '
                     '(1 = no shift). Placements vary one at a time and share one set of weights.')
-    parser.add_argument('model', help='timm model name, e.g. resnet50_dropres (or any timm ResNet / ResNetV2)')
+    parser.add_argument('model', help='timm model name, e.g. resnet50_dropres (or any base model with a supported residual block)')
     parser.add_argument('--branch-drop-pos', nargs='+', choices=BRANCH_DROP_POSITIONS, default=list(BRANCH_DROP_POSITIONS),
                         help='branch positions to compare, each with the first --head-drop-pos (default: all)')
     parser.add_argument('--head-drop-pos', nargs='+', choices=HEAD_DROP_POSITIONS, default=list(HEAD_DROP_POSITIONS),
